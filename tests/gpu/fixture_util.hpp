@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -24,7 +25,11 @@ namespace fixture {
 
 using namespace loraplex;
 
-inline const std::string data_dir = std::string(LORAPLEX_TEST_DATA) + "/tiny-llama";
+/// tests/data/tiny-llama; LORAPLEX_TEST_DATA in the environment overrides the build's path (GPU-host bundles).
+inline const std::string data_dir = [] {
+  const char* env = std::getenv("LORAPLEX_TEST_DATA");
+  return std::string(env != nullptr && *env != '\0' ? env : LORAPLEX_TEST_DATA) + "/tiny-llama";
+}();
 inline const std::vector<std::string> adapter_names = {"sql-r8", "chat-r16", "rs-r4", "mlp-r12"};
 
 struct ref_case {
