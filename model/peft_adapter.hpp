@@ -56,6 +56,8 @@ struct adapter_config {
 };
 
 /// Parses and validates adapter_config.json's object; `source` names the file in messages.
+/// NOTE: nlohmann::json keeps object keys sorted, so rank_pattern / alpha_pattern come out in key order here;
+/// load_peft_adapter parses the file as nlohmann::ordered_json itself to keep the file's order.
 [[nodiscard]] adapter_config parse_adapter_config(const nlohmann::json& j, const std::string& source);
 
 /// One module's LoRA matrices in f32 (converted from the file's type), scaling folded into bt.
