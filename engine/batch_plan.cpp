@@ -50,8 +50,10 @@ batch_plan build_batch_plan(std::span<const plan_request> requests, int page_siz
       p.slots.push_back(r.block_table[static_cast<std::size_t>(pos / page_size)] * page_size + pos % page_size);
       p.row_adapter.push_back(r.adapter);
     }
-    for (const std::int32_t off : r.logit_offsets) {
+    for (std::size_t k = 0; k < r.logit_offsets.size(); ++k) {
+      const std::int32_t off = r.logit_offsets[k];
       if (off < 0 || off >= n) throw std::invalid_argument("build_batch_plan: logits offset outside the sequence's tokens");
+      if (k > 0 && off <= r.logit_offsets[k - 1]) throw std::invalid_argument("build_batch_plan: logits offsets must increase");
       p.logit_rows.push_back(e.first_row + off);
       p.logit_positions.push_back(r.context_before + off);
     }

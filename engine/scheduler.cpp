@@ -22,7 +22,10 @@ int scheduler::add(sequence s) {
     throw std::invalid_argument("request '" + s.id + "': needs " + std::to_string(pages_.pages_for(need)) +
                                 " KV pages, the cache has " + std::to_string(pages_.num_pages()));
   s.state = sequence_state::waiting;
+  s.finished_by = finish_reason::none;
   s.num_cached = 0;
+  s.times_preempted = 0;
+  s.output.clear();
   s.block_table.clear();
   seqs_.push_back(std::move(s));
   prompt_logits_done_.push_back(0);
