@@ -1,6 +1,7 @@
 // SiLU(gate) * up: a grid-stride loop over 16-byte chunks of the output (scalar when inter is not a multiple of
 // the vector width).
 
+#include <algorithm>
 #include <cstddef>
 #include <string>
 

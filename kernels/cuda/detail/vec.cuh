@@ -50,6 +50,14 @@ __device__ __forceinline__ void store_vec(T* p, const float (&f)[N]) {
   }
 }
 
+/// Widens 16 bytes of T held in registers (a raw vector load) to f32.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& raw, float (&f)[vec16<T>]) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < vec16<T>; ++i) f[i] = to_f32<T>(e[i]);
+}
+
 /// Element i of a buffer whose dtype is a run-time value.
 __device__ __forceinline__ float load_dyn(const void* p, dtype t, std::size_t i) {
   switch (t) {
