@@ -2,7 +2,8 @@
 # Builds the CUDA backend for Hopper (sm_90a) on this machine and makes a self-contained bundle for a GPU host:
 # the GPU tests, loraplex-run, loraplex-bench, the fixture data and run.sh. The binaries link only glibc,
 # libstdc++, the CUDA runtime and cuBLAS (OpenBLAS is off: the CPU reference uses plain loops; Boost.Test is
-# static), so the bundle needs nothing on the GPU host but its CUDA 13 driver and libraries.
+# static; the CUDA kernels are one shared library beside the binaries, found through an $ORIGIN rpath), so the
+# bundle needs nothing on the GPU host but its CUDA 13 driver and libraries.
 #
 #   bash scripts/gpu-bundle.sh [OUT_DIR]     (default: bundle/)
 #   then on the GPU host:  bash OUT_DIR/run.sh
@@ -12,7 +13,7 @@ out=${1:-$root/bundle}
 build=${LORAPLEX_GPU_BUILD_DIR:-$root/build-gpu}
 bash "$root/scripts/setup.sh"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_CUDA=ON -DLORAPLEX_BLAS=OFF \
-  -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DLORAPLEX_CUDA_SHARED=ON '-DCMAKE_BUILD_RPATH=$ORIGIN' >/dev/null
 targets=(loraplex-run)
 for t in test_cuda_lora test_cuda_ops test_fixture_cuda loraplex-bench; do
   if cmake --build "$build" --target help | grep -q "^$t:"; then targets+=("$t"); fi
@@ -24,6 +25,7 @@ for t in "${targets[@]}"; do
   f=$(find "$build" -type f -name "$t" -perm -u+x | head -n 1)
   cp "$f" "$out/bin/"
 done
+cp "$build/kernels/cuda/libloraplex_kernels_cuda.so" "$out/bin/"
 cp -r "$root/tests/data/tiny-llama" "$out/data/"
 cp "$root/examples/demo-requests.jsonl" "$out/data/"
 cp "$root/scripts/gpu-run.sh" "$out/run.sh"

@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 results=${OUT:-$here/gpu-results}
 mkdir -p "$results"
 export LORAPLEX_TEST_DATA="$here/data"
+export LD_LIBRARY_PATH="$here/bin:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$results/gpu.txt"
 passed=0
 failed=0
