@@ -1,5 +1,5 @@
 // loraplex-bench: measurements on the GPU.
-//   loraplex-bench kernels [--quick] [--out FILE.md]
+//   loraplex-bench kernels [--quick] [--sections lora,attention,gemm] [--out FILE.md]
 // prints a markdown report (device ceilings, then each section) to stdout and, with --out, to FILE.md.
 
 #include <cuda_runtime.h>
@@ -14,7 +14,8 @@
 namespace {
 
 int usage() {
-  std::fprintf(stderr, "usage: loraplex-bench kernels [--quick] [--out FILE.md]\n");
+  std::fprintf(stderr, "usage: loraplex-bench kernels [--quick] [--sections lora,attention,gemm] [--out FILE.md]\n"
+                       "  the device ceilings are always measured first; --sections picks what follows (default: all)\n");
   return 2;
 }
 
@@ -26,9 +27,12 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "kernels") != 0) return usage();
   context ctx;
   std::string out_path;
+  std::string sections = "lora,attention,gemm";
   for (int i = 2; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       ctx.quick = true;
+    } else if (std::strcmp(argv[i], "--sections") == 0 && i + 1 < argc) {
+      sections = argv[++i];
     } else if (std::strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
       out_path = argv[++i];
     } else {
@@ -54,9 +58,10 @@ int main(int argc, char** argv) {
                       ctx.prop.l2CacheSize / 1e6, static_cast<double>(ctx.prop.totalGlobalMem) / (1 << 30), runtime,
                       driver, ctx.reps, ctx.warmup));
     bench_ceilings(ctx);
-    bench_lora(ctx);
-    bench_attention(ctx);
-    bench_gemm(ctx);
+    auto wanted = [&](const char* name) { return ("," + sections + ",").find(std::string(",") + name + ",") != std::string::npos; };
+    if (wanted("lora")) bench_lora(ctx);
+    if (wanted("attention")) bench_attention(ctx);
+    if (wanted("gemm")) bench_gemm(ctx);
     cublasDestroy(ctx.cublas);
     if (!out_path.empty() && !rep.write(out_path)) {
       std::fprintf(stderr, "loraplex-bench: cannot write %s\n", out_path.c_str());
