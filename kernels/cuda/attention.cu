@@ -24,13 +24,28 @@ int decode_target_ctas() {
   return 4 * sms;
 }
 
-decode_plan make_decode_plan(int num_seqs, int num_heads, int num_kv_heads, int max_context_len) {
+decode_plan make_decode_plan(int num_seqs, int num_heads, int num_kv_heads, int max_context_len, bool mma_types) {
   decode_plan plan;
   const int group = num_heads / num_kv_heads;
   plan.head_chunks = (group + decode_max_group_tile - 1) / decode_max_group_tile;
   plan.heads_per_cta = (group + plan.head_chunks - 1) / plan.head_chunks;
   plan.group_tile = plan.heads_per_cta <= 1 ? 1 : plan.heads_per_cta <= 2 ? 2 : plan.heads_per_cta <= 4 ? 4 : 8;
   const long long base = static_cast<long long>(std::max(num_seqs, 1)) * num_kv_heads * plan.head_chunks;
+  plan.mma = mma_types && plan.group_tile >= 4;
+  if (plan.mma) {
+    // One CTA per resident slot, rounded to the nearest whole number of splits (so a batch just under or over
+    // one wave is not split into two); never more than decode_target_ctas() CTAs in all, which keeps the
+    // workspace bound of paged_attention_workspace_bytes.
+    const long long target = std::min<long long>(decode_target_ctas(), decode_target_ctas() / 4 * decode_mma_ctas_per_sm);
+    const long long splits = std::max<long long>(1, (2 * target + base) / (2 * base));
+    const int ctx = std::max(max_context_len, 1);
+    long long part = (ctx + splits - 1) / splits;
+    part = (part + 63) / 64 * 64;
+    part = std::clamp<long long>(part, decode_min_partition, decode_mma_max_partition);
+    plan.partition = static_cast<int>(part);
+    plan.num_parts = (ctx + plan.partition - 1) / plan.partition;
+    return plan;
+  }
   const long long splits = std::max<long long>(1, (decode_target_ctas() + base - 1) / base);
   const int ctx = std::max(max_context_len, 1);
   long long part = (ctx + splits - 1) / splits;
@@ -122,7 +137,9 @@ void paged_attention(const paged_attention_args& a, stream_t stream) {
   p.scale = a.scale;
 
   if (a.max_query_len == 1) {
-    const detail::decode_plan plan = detail::make_decode_plan(a.num_seqs, a.num_heads, a.num_kv_heads, a.max_context_len);
+    const bool mma_types = a.kv_type == a.act_type && (a.kv_type == dtype::bf16 || a.kv_type == dtype::f16);
+    const detail::decode_plan plan =
+        detail::make_decode_plan(a.num_seqs, a.num_heads, a.num_kv_heads, a.max_context_len, mma_types);
     p.heads_per_cta = plan.heads_per_cta;
     p.head_chunks = plan.head_chunks;
     p.partition = plan.partition;

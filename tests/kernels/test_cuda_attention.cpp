@@ -233,6 +233,11 @@ BOOST_AUTO_TEST_CASE(paged_attention_decode_matches_cpu) {
   std::vector<int> many_ctx(70);
   std::uniform_int_distribution<int> c512(1, 512);
   for (auto& c : many_ctx) c = c512(rng);
+  std::vector<int> gqa_ctx(40);  // the tensor-core kernel with one partition per sequence (enough CTAs)
+  std::uniform_int_distribution<int> c1500(1, 1500);
+  for (auto& c : gqa_ctx) c = c1500(rng);
+  std::vector<int> long_ctx = {3000, 2049, 2048, 1, 17, 16, 15, 33, 64, 65, 1024, 1500};  // group 8, page 1
+  for (int i = 0; i < 12; ++i) long_ctx.push_back(c1500(rng));
   const std::vector<attn_case> cases = {
       {4, 4, 32, 1, {1, 1, 1, 1, 1}, {1, 2, 3, 7, 133}},
       {8, 4, 64, 3, {1, 1, 1, 1}, {133, 1, 2, 7}},
@@ -242,6 +247,9 @@ BOOST_AUTO_TEST_CASE(paged_attention_decode_matches_cpu) {
       {12, 1, 32, 3, {1, 1}, {100, 2000}},    // group 12: two head chunks per KV head
       {16, 8, 64, 16, std::vector<int>(70, 1), many_ctx},  // enough CTAs for one partition: the direct path
       {8, 8, 128, 1, {1}, {1}},
+      {32, 8, 128, 16, std::vector<int>(40, 1), gqa_ctx},  // group 4, many CTAs: the direct path
+      {64, 8, 64, 1, std::vector<int>(24, 1), long_ctx},    // group 8, contexts past the longest partition
+      {16, 1, 32, 16, {1}, {4000}},                          // group 16: two head chunks of 8, many partitions
   };
   for (const auto& ac : cases)
     for (const auto tp : same_types) run_attention_case(ac, tp, rng, stream, track, "decode");
@@ -304,7 +312,7 @@ BOOST_AUTO_TEST_CASE(paged_attention_speed_report) {
     int seqs, ctx, heads, kv_heads;
   };
   for (const decode_cfg c : {decode_cfg{64, 2048, 32, 8}, decode_cfg{16, 8192, 32, 8}, decode_cfg{1, 4096, 32, 8},
-                             decode_cfg{256, 1024, 32, 8}}) {
+                             decode_cfg{256, 1024, 32, 8}, decode_cfg{32, 1024, 64, 8}, decode_cfg{64, 2048, 64, 8}}) {
     const int D = 128, page = 16;
     const int blocks = c.ctx / page;
     const int num_pages = c.seqs * blocks;

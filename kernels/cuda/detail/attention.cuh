@@ -45,16 +45,23 @@ struct decode_plan {
   int group_tile = 1;  // heads_per_cta rounded up to 1, 2, 4 or 8 (a compile-time register tile)
   int partition = 0;
   int num_parts = 0;
+  bool mma = false;  // the tensor-core kernel (16-bit K/V of the activation type, group tile 4 or 8)
 };
 
 constexpr int decode_max_group_tile = 8;
 constexpr int decode_min_partition = 64;
 constexpr int decode_max_partition = 512;
+// The tensor-core kernel keeps 2 tiles of every warp in flight, so it needs fewer, longer partitions: it aims at
+// one CTA per resident slot (2 per SM) and splits a context only where the (sequence, KV head) pairs are too few.
+constexpr int decode_mma_max_partition = 2048;
+constexpr int decode_mma_ctas_per_sm = 2;
 
 /// CTAs the decode path aims for: enough for a few waves on the device, so short batches split the context.
 int decode_target_ctas();
 
-decode_plan make_decode_plan(int num_seqs, int num_heads, int num_kv_heads, int max_context_len);
+/// `mma_types`: the K/V cache is bf16 or f16 and the query has the same type (the tensor-core kernel rounds the
+/// query and the softmax weights to that type, so it serves only those cases).
+decode_plan make_decode_plan(int num_seqs, int num_heads, int num_kv_heads, int max_context_len, bool mma_types);
 
 /// Launchers; head_dim is already known to be 32, 64 or 128.
 void launch_decode(const attention_params& p, const decode_plan& plan, dtype kv_type, int head_dim, int num_seqs,
