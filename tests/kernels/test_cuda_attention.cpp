@@ -269,6 +269,11 @@ BOOST_AUTO_TEST_CASE(paged_attention_prefill_matches_cpu) {
       {28, 4, 64, 3, {2, 7, 1}, {2, 20, 45}},  // group 7
       {12, 1, 32, 16, {70}, {90}},             // group 12
       {8, 2, 128, 3, {3, 1, 133, 2}, {3, 2000, 140, 2}},
+      // The tensor-core path (16-bit caches, head_dim 64/128): tiles of 128 (token, head) rows × 64 keys.
+      {32, 8, 128, 16, {300}, {500}},                  // a long chunk after 200 tokens of context, group 4
+      {8, 8, 64, 1, {77, 1, 130}, {77, 40, 300}},      // page 1, q_len not a multiple of the tile, a decode row
+      {12, 4, 128, 3, {200, 1, 45, 129}, {250, 600, 45, 129}},  // group 3: a tile splits a token's heads
+      {16, 2, 64, 16, {600, 2}, {700, 1000}},          // group 8, many row tiles
   };
   for (const auto& ac : cases)
     for (const auto tp : same_types) run_attention_case(ac, tp, rng, stream, track, "prefill");
