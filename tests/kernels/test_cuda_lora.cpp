@@ -615,6 +615,94 @@ BOOST_AUTO_TEST_CASE(lora_pdl_modes) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(lora_design_variants) {
+  BOOST_REQUIRE_MESSAGE(have_gpu(), "no CUDA device");
+  // Every combination of the kernels' design switches (lora_tuning::variant: the shrink's L2 prefetch of Bt,
+  // lean decode kernels, L2-only early loads, prefill y through shared memory, decode weights through shared
+  // memory by bulk copies with prefetch or always, 8-warp prefill shrink, L1 prefetch of the prefill expand's
+  // shrink values) on the same inputs, through every path and launch mode: single-token decode at a real
+  // shape, mixed ranks and multi-token segments (small ranks: the bulk expand; large: its fallback),
+  // prefills (tiles of 16, 32 and 64 tokens), f32 activations and unaligned shapes.
+  const std::initializer_list<tuning::pdl> modes = {tuning::pdl::off, tuning::pdl::on, tuning::pdl::prefetch};
+  std::vector<lora_case> cases;
+  {
+    lora_case c;
+    c.rows = 32;
+    c.in = 4096;
+    c.widths = {4096, 1024, 1024};
+    c.ranks = {16};
+    c.m = mix::distinct;
+    cases.push_back(c);
+    c.ranks = {16, 64};
+    cases.push_back(c);
+    c.act = c.w = dtype::f16;
+    c.rows = 3;
+    c.ranks = {1, 12, 256};
+    cases.push_back(c);
+  }
+  {
+    lora_case c;
+    c.rows = 133;
+    c.widths = {512, 128, 136};
+    c.ranks = {1, 16, 64, 256};
+    c.m = mix::zipf;
+    c.sorted = true;
+    c.unadapted = 0.2;
+    cases.push_back(c);
+    c.rows = 7;
+    c.m = mix::uniform;
+    c.shuffle_segments = true;
+    cases.push_back(c);
+    c.act = dtype::f32;
+    c.rows = 33;
+    cases.push_back(c);
+    c.ranks = {3, 16};
+    c.rows = 9;
+    c.shuffle_segments = false;
+    c.sorted = true;
+    cases.push_back(c);
+    c.act = c.w = dtype::bf16;
+    c.ranks = {1, 5, 16, 20};
+    c.rows = 133;
+    c.m = mix::zipf;
+    cases.push_back(c);
+    c.act = c.w = dtype::f16;
+    c.rows = 2;
+    c.m = mix::identical;
+    cases.push_back(c);
+    c.act = c.w = dtype::bf16;
+    c.rows = 300;  // long segments: prefill tiles of 64 tokens, in_features split over a cluster
+    c.m = mix::uniform;
+    c.adapters = 3;
+    c.ranks = {8, 16, 128};
+    cases.push_back(c);
+    c.rows = 100;  // tiles of 32
+    c.act = c.w = dtype::f16;
+    cases.push_back(c);
+    c.act = c.w = dtype::bf16;
+    c.adapters = 0;
+    c.rows = 7;
+    c.in = 100;
+    c.widths = {36, 20, 13};
+    c.ranks = {1, 5, 16};
+    c.aligned = false;
+    cases.push_back(c);
+  }
+  const int old_variant = tuning::get_variant();
+  for (lora_case c : cases) {
+    c.seed = next_seed();
+    lora_fixture f(c);
+    for (int v = 0; v < 256; ++v) {
+      BOOST_TEST_CONTEXT("variant " << v) {
+        tuning::set_variant(v);
+        for (const auto p : {tuning::path::decode, tuning::path::prefill, tuning::path::automatic})
+          for (const auto m : modes) f.check(p, m);
+      }
+    }
+  }
+  tuning::set_variant(old_variant);
+}
+
 BOOST_AUTO_TEST_CASE(lora_f32_and_mixed_types) {
   BOOST_REQUIRE_MESSAGE(have_gpu(), "no CUDA device");
   // f32 activations with f32, bf16 and f16 weights (CUDA-core kernels; the prefill request falls back).

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -594,10 +595,123 @@ void headline(context& ctx, weight_pool& pool) {
   ctx.out->add(k);
 }
 
+/// Design variants of the kernels side by side (lora_tuning::variant bit masks from LORAPLEX_LORA_VARIANTS, e.g.
+/// "0,1,3"): the headline step in three launch modes, its kernels one by one, and a prefill.
+void variants(context& ctx, weight_pool& pool, const std::vector<int>& list) {
+  constexpr int layers = 32, batch = 32, rank = 16;
+  lora_spec sq = decode_spec(llama2, llama2.modules[0], batch, rank, true);
+  lora_spec so = decode_spec(llama2, llama2.modules[1], batch, rank, true);
+  sq.sets = so.sets = layers;
+  const lora_instance iq = build(sq, pool, ctx.stream);
+  const lora_instance io = build(so, pool, ctx.stream);
+  const lora_instance ip = build(prefill_spec(llama2, llama2.modules[0], 2048, 8, 16), pool, ctx.stream);
+  const cudaStream_t s = ctx.stream;
+  auto graph_ms = [&](const std::function<void()>& body) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    LORAPLEX_CUDA_CALL(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    body();
+    LORAPLEX_CUDA_CALL(cudaStreamEndCapture(s, &graph));
+    LORAPLEX_CUDA_CALL(cudaGraphInstantiate(&exec, graph, 0));
+    const double ms = median_ms(ctx, [&](int) { LORAPLEX_CUDA_CALL(cudaGraphLaunch(exec, s)); });
+    LORAPLEX_CUDA_CALL(cudaStreamSynchronize(s));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return ms;
+  };
+  auto step = [&] {
+    for (int l = 0; l < layers; ++l) {
+      lk::cuda::lora_shrink(iq.args[l], s);
+      lk::cuda::lora_expand(iq.args[l], s);
+      lk::cuda::lora_shrink(io.args[l], s);
+      lk::cuda::lora_expand(io.args[l], s);
+    }
+  };
+  const double layer_bytes = iq.shrink_bytes + iq.expand_bytes + io.shrink_bytes + io.expand_bytes;
+  const double floor_ms = layers * layer_bytes / (ctx.ceil.copy_gbs * 1e9) * 1e3;
+  const double pre_bytes = ip.shrink_bytes + ip.expand_bytes;
+  table t;
+  t.header = {"variant", "stream, PDL ms", "graph, PDL ms", "graph, PDL+prefetch ms", "× floor (best)",
+              "shrink qkv µs", "expand qkv µs", "shrink o µs", "expand o µs", "graph PDL+pf: sq", "eq", "so", "eo",
+              "prefill shrink µs", "prefill expand µs", "prefill % copy"};
+  const int old_variant = tuning::get_variant();
+  const tuning::pdl old_pdl = tuning::get_pdl();
+  for (const int v : list) {
+    tuning::set_variant(v);
+    std::vector<std::string> row = {fmt("%d", v)};
+    try {
+      tuning::set_pdl(tuning::pdl::on);
+      const double st = median_ms(ctx, [&](int) { step(); });
+      const double gr = graph_ms(step);
+      tuning::set_pdl(tuning::pdl::prefetch);
+      const double gp = graph_ms(step);
+      row.push_back(fmt("%.3f", st));
+      row.push_back(fmt("%.3f", gr));
+      row.push_back(fmt("%.3f", gp));
+      row.push_back(fmt("%.2f", std::min({st, gr, gp}) / floor_ms));
+      for (const tuning::pdl m : {tuning::pdl::on, tuning::pdl::prefetch}) {
+        tuning::set_pdl(m);
+        auto per = [&](const std::function<void(int)>& f) {
+          return graph_ms([&] {
+                   for (int l = 0; l < layers; ++l) f(l);
+                 }) * 1e3 / layers;
+        };
+        row.push_back(fmt("%.2f", per([&](int l) { lk::cuda::lora_shrink(iq.args[l], s); })));
+        row.push_back(fmt("%.2f", per([&](int l) { lk::cuda::lora_expand(iq.args[l], s); })));
+        row.push_back(fmt("%.2f", per([&](int l) { lk::cuda::lora_shrink(io.args[l], s); })));
+        row.push_back(fmt("%.2f", per([&](int l) { lk::cuda::lora_expand(io.args[l], s); })));
+      }
+      tuning::set_pdl(tuning::pdl::on);
+      const double ps = median_ms(ctx, [&](int i) { lk::cuda::lora_shrink(ip.args[i % ip.sets], s); });
+      const double pe = median_ms(ctx, [&](int i) { lk::cuda::lora_expand(ip.args[i % ip.sets], s); });
+      const double pt = median_ms(ctx, [&](int i) {
+        lk::cuda::lora_shrink(ip.args[i % ip.sets], s);
+        lk::cuda::lora_expand(ip.args[i % ip.sets], s);
+      });
+      row.push_back(fmt("%.1f", ps * 1e3));
+      row.push_back(fmt("%.1f", pe * 1e3));
+      row.push_back(fmt("%.0f%%", 100.0 * pre_bytes / (pt * 1e-3) / 1e9 / ctx.ceil.copy_gbs));
+    } catch (const std::exception& e) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(s, &g);
+      if (g != nullptr) cudaGraphDestroy(g);
+      cudaGetLastError();
+      row.push_back(std::string("failed: ") + e.what());
+    }
+    row.resize(t.header.size(), "-");
+    t.add(row);
+  }
+  tuning::set_variant(old_variant);
+  tuning::set_pdl(old_pdl);
+  ctx.out->heading("Kernel design variants (lora_tuning::variant)");
+  ctx.out->paragraph(
+      fmt("Headline step (floor %.3f ms) in three launch modes; its four kernels each in a graph of 32, PDL on, "
+          "then PDL + prefetch; prefill 2048 tokens, 8 adapters, q|k|v rank 16 (stream, PDL on). Bits: 1 shrink "
+          "prefetches Bt, 2 lean, 4 L2-only early loads, 8 prefill y via shared memory, 16 bulk copies with "
+          "prefetch, 32 bulk copies always, 64 8-warp prefill shrink, 128 L1 prefetch of the prefill expand's "
+          "shrink values.",
+          floor_ms));
+  ctx.out->add(t);
+}
+
 }  // namespace
 
 void bench_lora(context& ctx) {
   weight_pool pool(std::size_t{4} << 30, ctx.stream);
+  if (const char* e = std::getenv("LORAPLEX_LORA_VARIANTS")) {
+    std::vector<int> list;
+    for (const char* p = e; *p != 0;) {
+      char* end = nullptr;
+      const long v = std::strtol(p, &end, 10);
+      if (end == p) break;
+      list.push_back(static_cast<int>(v));
+      p = *end == ',' ? end + 1 : end;
+    }
+    if (!list.empty()) variants(ctx, pool, list);
+    if (std::getenv("LORAPLEX_LORA_VARIANTS_ONLY") != nullptr) return;
+  }
+  // The rest with one variant (LORAPLEX_LORA_VARIANT=<bits>; default: the library's).
+  if (const char* e = std::getenv("LORAPLEX_LORA_VARIANT")) tuning::set_variant(std::atoi(e));
   headline(ctx, pool);
 
   const std::vector<int> batches = ctx.quick ? std::vector<int>{1, 32, 256} : std::vector<int>{1, 8, 32, 128, 256};

@@ -46,6 +46,71 @@ __device__ __forceinline__ void prefetch_l2(const void* p, std::uint32_t bytes) 
 #endif
 }
 
+/// Prefetch of the line holding p into L1 (only for data no kernel in flight writes).
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p) : "memory");
+}
+
+/// prefetch_l2 where p and bytes meet its alignment (device data: rows of a table entry); otherwise nothing.
+__device__ __forceinline__ void prefetch_l2_if_aligned(const void* p, std::uint32_t bytes) {
+  if (((reinterpret_cast<std::uintptr_t>(p) | bytes) & 15u) == 0 && bytes > 0) prefetch_l2(p, bytes);
+}
+
+/// Flags of the decode kernels (a kernel argument; the host sets them from the launch mode and variant).
+inline constexpr int flag_early = 1;    // pdl::prefetch: tables and weights before the wait
+inline constexpr int flag_l2_only = 2;  // with flag_early: weights to L2 only before the wait
+inline constexpr int flag_xbt = 4;      // shrink: prefetch the expand's Bt rows into L2
+
+// --- bulk copies (the copy engine, sm_90) into shared memory, completing on an mbarrier ---
+
+/// One-shot barrier for bulk copies: thread 0 inits it (arrival count 1), then every thread may wait on phase 0
+/// after a __syncthreads.
+__device__ __forceinline__ void mbar_init(std::uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(bar)))
+               : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+/// The one arrival on the barrier, announcing `bytes` that bulk copies will complete.
+__device__ __forceinline__ void mbar_expect_tx(std::uint64_t* bar, std::uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                   static_cast<std::uint32_t>(__cvta_generic_to_shared(bar))),
+               "r"(bytes)
+               : "memory");
+#endif
+}
+
+/// Bulk copy global → shared of `bytes` (multiple of 16; both addresses 16-byte aligned), completing on bar.
+__device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, std::uint32_t bytes, std::uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   static_cast<std::uint32_t>(__cvta_generic_to_shared(dst))),
+               "l"(src), "r"(bytes), "r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(bar)))
+               : "memory");
+#endif
+}
+
+/// Waits until phase `parity` of the barrier has completed (all announced bytes have landed).
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, std::uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra DONE;\n"
+      "bra LAB_WAIT;\n"
+      "DONE:\n"
+      "}\n" ::"r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(bar))),
+      "r"(parity)
+      : "memory");
+#endif
+}
+
 /// N elements of T loaded in one access where N·sizeof(T) is 16 bytes or less, in 16-byte pieces above.
 template <typename T, int N>
 struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) vec_t {
@@ -266,6 +331,33 @@ inline int sm_count() {
   return n;
 }
 
+/// Bytes of L2 of the current device (cached per device).
+inline long l2_bytes() {
+  static std::atomic<int> cache[64] = {};
+  int dev = 0;
+  LORAPLEX_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  int n = cache[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    LORAPLEX_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrL2CacheSize, dev));
+    cache[dev].store(n > 0 ? n : 1, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+/// Decode kernel flags for a call: launch mode and variant. `bt_bytes`: an upper bound of the Bt bytes the
+/// expand of this call reads (for the shrink's L2 prefetch of them; 0 in the expand).
+inline int decode_flags(double bt_bytes) {
+  const int v = lora_tuning::get_variant();
+  int f = 0;
+  if (lora_tuning::get_pdl() == lora_tuning::pdl::prefetch) {
+    f |= flag_early;
+    if (v & lora_tuning::l2_only) f |= flag_l2_only;
+  }
+  if ((v & lora_tuning::xbt) && bt_bytes > 0 && bt_bytes <= static_cast<double>(l2_bytes()) / 3.0) f |= flag_xbt;
+  return f;
+}
+
 /// Raises a kernel's dynamic shared-memory limit once per device. NOTE: the kernel is a template argument so
 /// that each instantiation has its own flag (kernels of one signature share a function-pointer type).
 template <auto Kernel>
@@ -278,6 +370,31 @@ void allow_smem(int bytes) {
   if (done[dev].load(std::memory_order_acquire)) return;
   LORAPLEX_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   done[dev].store(true, std::memory_order_release);
+}
+
+/// Kernels whose blocks stage weights in shared memory: the largest shared-memory carveout, so that blocks of
+/// two such launches (programmatic dependent launch) can share a multiprocessor. Once per device.
+template <auto Kernel>
+void prefer_shared() {
+  static std::atomic<bool> done[64] = {};
+  int dev = 0;
+  LORAPLEX_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (done[dev].load(std::memory_order_acquire)) return;
+  LORAPLEX_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+  done[dev].store(true, std::memory_order_release);
+}
+
+/// Decode weights staged in shared memory by bulk copies (lora_tuning::bulk): at most this many bytes a block
+/// (dynamic; with the static part under the 48 KB that needs no opt-in).
+inline constexpr int bulk_smem_limit = 40 * 1024;
+
+/// Whether the decode kernels stage weights by bulk copies for this call (variant and launch mode).
+inline bool use_bulk() {
+  const int v = lora_tuning::get_variant();
+  return (v & lora_tuning::bulk_always) != 0 ||
+         ((v & lora_tuning::bulk) != 0 && lora_tuning::get_pdl() == lora_tuning::pdl::prefetch);
 }
 
 /// Launches with the PDL attribute per the tuning knob and, for cluster_z > 1, a (1, 1, cluster_z) cluster.
