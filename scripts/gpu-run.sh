@@ -7,7 +7,7 @@ results=${OUT:-$here/gpu-results}
 mkdir -p "$results"
 export LORAPLEX_TEST_DATA="$here/data"
 export LD_LIBRARY_PATH="$here/bin:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$results/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 passed=0
 failed=0
 failures=()
