@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "gpu/cuda_error.hpp"
+#include "kernels/cuda/cuda_error.hpp"
 
 namespace loraplex {
 

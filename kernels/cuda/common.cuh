@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "gpu/cuda_error.hpp"
+#include "kernels/cuda/cuda_error.hpp"
 #include "kernels/dtype.hpp"
 
 namespace loraplex::kernels::cuda::detail {
