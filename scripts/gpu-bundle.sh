@@ -15,7 +15,7 @@ bash "$root/scripts/setup.sh"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_CUDA=ON -DLORAPLEX_BLAS=OFF \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DLORAPLEX_CUDA_SHARED=ON '-DCMAKE_BUILD_RPATH=$ORIGIN' >/dev/null
 targets=(loraplex-run)
-for t in test_cuda_lora test_cuda_ops test_fixture_cuda loraplex-bench; do
+for t in test_cuda_lora test_cuda_ops test_fixture_cuda test_loraplex_run_cuda loraplex-bench; do
   if cmake --build "$build" --target help | grep -q "^$t:"; then targets+=("$t"); fi
 done
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"

@@ -11,7 +11,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 passed=0
 failed=0
 failures=()
-for t in test_cuda_lora test_cuda_ops test_fixture_cuda; do
+export LORAPLEX_RUN_BIN="$here/bin/loraplex-run"
+for t in test_cuda_lora test_cuda_ops test_fixture_cuda test_loraplex_run_cuda; do
   [ -x "$here/bin/$t" ] || continue
   start=$(date +%s)
   if "$here/bin/$t" --color_output=no --log_level=message --report_level=short >"$results/$t.log" 2>&1; then

@@ -13,70 +13,13 @@
 #include <sstream>
 #include <string>
 
-#include "tests/gpu/fixture_util.hpp"
+#include "tests/tools/run_util.hpp"
 
-namespace fs = std::filesystem;
 using namespace loraplex;
+using namespace run_util;
+namespace fs = std::filesystem;
 
 namespace {
-
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("loraplex-run-test-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~temp_dir() { fs::remove_all(path); }
-};
-
-struct outcome {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-outcome run(const std::string& args, const temp_dir& t) {
-  const fs::path out = t.path / "stdout.txt", err = t.path / "stderr.txt";
-  const std::string cmd = std::string(LORAPLEX_RUN_BIN) + " " + args + " >" + out.string() + " 2>" + err.string();
-  const int status = std::system(cmd.c_str());
-  outcome o;
-  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
-  o.out = slurp(out);
-  o.err = slurp(err);
-  return o;
-}
-
-std::string model_args() {
-  std::string a = "--model " + fixture::data_dir + "/base";
-  for (const auto& n : fixture::adapter_names) a += " --adapter " + n + "=" + fixture::data_dir + "/adapters/" + n;
-  return a;
-}
-
-fs::path write_requests(const temp_dir& t, const std::string& text) {
-  const fs::path p = t.path / "requests.jsonl";
-  std::ofstream(p) << text;
-  return p;
-}
-
-std::string fixture_requests() {
-  std::string s;
-  for (const auto& c : fixture::ref().select("base")) {
-    nlohmann::json j;
-    j["id"] = c.name;
-    j["adapter"] = c.adapter ? nlohmann::json(*c.adapter) : nlohmann::json(nullptr);
-    j["prompt"] = c.prompt;
-    j["max_tokens"] = 12;
-    s += j.dump() + "\n";
-  }
-  return s;
-}
 
 /// A bad input: exit non-zero, the message contains `expect`, nothing on stdout, no logits file.
 void expect_refused(const std::string& requests, const std::string& expect, const std::string& extra = "") {
@@ -101,31 +44,8 @@ BOOST_AUTO_TEST_CASE(reproduces_the_fixture_from_the_command_line) {
       const fs::path logits = t.path / "logits.safetensors";
       const outcome o = run(model_args() + " --requests " + req.string() + " --logits " + logits.string() + " --mode " + mode, t);
       BOOST_REQUIRE_MESSAGE(o.exit_code == 0, o.err);
-      std::istringstream lines(o.out);
-      std::string line;
-      std::size_t i = 0;
       const auto cases = fixture::ref().select("base");
-      std::vector<tools::offline_result> results;
-      const model::safetensors_file lf = model::safetensors_file::open(logits);
-      while (std::getline(lines, line)) {
-        const auto j = nlohmann::json::parse(line);
-        BOOST_REQUIRE(i < cases.size());
-        BOOST_TEST(j.at("id").get<std::string>() == cases[i].name);  // file order
-        BOOST_TEST(j.at("finish_reason").get<std::string>() == "length");
-        tools::offline_result r;
-        r.id = cases[i].name;
-        r.tokens = j.at("tokens").get<std::vector<std::int32_t>>();
-        for (const std::string part : {"prefill", "decode"}) {
-          const model::tensor_view* tv = lf.find(r.id + "." + part);
-          BOOST_REQUIRE(tv != nullptr);
-          BOOST_TEST(tv->shape[1] == 512);
-          const float* p = reinterpret_cast<const float*>(tv->data);
-          (part == "prefill" ? r.prefill_logits : r.decode_logits).assign(p, p + tv->numel());
-        }
-        results.push_back(std::move(r));
-        ++i;
-      }
-      BOOST_TEST(i == cases.size());
+      const auto results = read_results(o.out, logits, cases);
       fixture::check_cases(cases, results, 1e-3);
     }
   }
