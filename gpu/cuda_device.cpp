@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "gpu/cuda_buffer.hpp"
+#include "kernels/cuda/detail/lora_tuning.hpp"
 #include "kernels/cuda/gather.hpp"
 #include "kernels/cuda/ops.hpp"
 
@@ -37,6 +38,12 @@ cuda_device::cuda_device(int ordinal) {
   cudaDeviceProp prop{};
   LORAPLEX_CUDA_CALL(cudaGetDeviceProperties(&prop, ordinal));
   name_ = "cuda:" + std::to_string(ordinal) + " (" + prop.name + ")";
+  // NOTE: the LoRA kernels' fastest launch mode reads the adapter table, the segment arrays and the adapter
+  // weights before waiting on the kernel ahead of them. Its precondition holds for everything this device runs:
+  // those are written only by host uploads (the step's index arrays, adapter load, the negated merged copy),
+  // never by a kernel of the step. Measured on an H100 (2026-11-21): the Llama-2-7B decode step's LoRA work
+  // 0.90 ms → 0.70 ms (plain stream). Process-wide, like every lora_tuning knob.
+  kernels::cuda::lora_tuning::set_pdl(kernels::cuda::lora_tuning::pdl::prefetch);
 }
 
 cuda_device::~cuda_device() {
