@@ -34,6 +34,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/detail/attention.cuh"
+#include "kernels/cuda/detail/ptx.cuh"
 #include "kernels/cuda/detail/reduce.cuh"
 #include "kernels/cuda/detail/vec.cuh"
 
@@ -287,53 +288,11 @@ __device__ __forceinline__ std::uint32_t pf_pack2(float lo, float hi) {
   }
 }
 
-/// c += A·B, m16n8k16, f32 accumulators.
-template <typename T>
-__device__ __forceinline__ void pf_mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void pf_ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-__device__ __forceinline__ void pf_ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-/// 16 bytes global → shared, asynchronous; src_bytes = 0 writes zeros and reads nothing.
-__device__ __forceinline__ void pf_cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void pf_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void pf_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
 /// 2^x (MUFU.EX2, flushes denormals; 2^−∞ = 0).
 __device__ __forceinline__ float pf_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-
-/// Two consecutive 16-bit elements as one word (the address is even; a 4-byte load where it is aligned).
-__device__ __forceinline__ std::uint32_t pf_load_pair(const std::uint16_t* ptr, bool aligned4) {
-  if (aligned4) return *reinterpret_cast<const std::uint32_t*>(ptr);
-  return static_cast<std::uint32_t>(ptr[0]) | (static_cast<std::uint32_t>(ptr[1]) << 16);
 }
 
 template <typename T, int D>
@@ -428,8 +387,8 @@ __global__ void __launch_bounds__(pf_threads, pf_min_blocks) prefill_mma_kernel(
         off = (static_cast<std::size_t>(bt[blk]) * page_size + (pos - blk * page_size)) * kv_row;
       }
       const std::uint32_t dst = dst0 + c * PASS_ROWS * L::row_bytes;
-      pf_cp_async16(dst, kc + off, ok ? 16 : 0);
-      pf_cp_async16(dst + L::tile_bytes, vc + off, ok ? 16 : 0);
+      ptx::cp_async16(dst, kc + off, ok ? 16 : 0);
+      ptx::cp_async16(dst + L::tile_bytes, vc + off, ok ? 16 : 0);
     }
   };
 
@@ -452,17 +411,17 @@ __global__ void __launch_bounds__(pf_threads, pf_min_blocks) prefill_mma_kernel(
 #pragma unroll
   for (int s = 0; s < pf_stages - 1; ++s) {
     issue(s, s);
-    pf_cp_async_commit();
+    ptx::cp_async_commit();
   }
   const int mi = lane / 8;
   const std::uint32_t q_lane = sbase + (warp * 32 + (mi % 2) * 8 + (lane % 8)) * L::row_bytes + (mi / 2) * 16;
   const std::uint32_t k_lane = ((mi / 2) * 8 + (lane % 8)) * L::row_bytes + (mi % 2) * 16;
   const std::uint32_t v_lane = ((mi % 2) * 8 + (lane % 8)) * L::row_bytes + (mi / 2) * 16;
   for (int it = 0; it < ntiles; ++it) {
-    pf_cp_async_wait<pf_stages - 2>();  // tile it has landed (this thread's copies)
+    ptx::cp_async_wait<pf_stages - 2>();  // tile it has landed (this thread's copies)
     __syncthreads();                    // … and every thread's (and the Q tile); the stage refilled below was read in step it − 1
     issue(it + pf_stages - 1, (it + pf_stages - 1) % pf_stages);
-    pf_cp_async_commit();
+    ptx::cp_async_commit();
 
     const int kt = it * PN;
     if (kt > warp_max_last) continue;  // no row of this warp sees any key of the tile
@@ -480,16 +439,16 @@ __global__ void __launch_bounds__(pf_threads, pf_min_blocks) prefill_mma_kernel(
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       std::uint32_t qa[2][4];
-      pf_ldmatrix_x4(qa[0], q_lane + kk * 32);
-      pf_ldmatrix_x4(qa[1], q_lane + 16 * L::row_bytes + kk * 32);
+      ptx::ldmatrix_x4(qa[0], q_lane + kk * 32);
+      ptx::ldmatrix_x4(qa[1], q_lane + 16 * L::row_bytes + kk * 32);
 #pragma unroll
       for (int np = 0; np < PN / 16; ++np) {
         std::uint32_t b[4];
-        pf_ldmatrix_x4(b, ks + k_lane + np * 16 * L::row_bytes + kk * 32);
+        ptx::ldmatrix_x4(b, ks + k_lane + np * 16 * L::row_bytes + kk * 32);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          pf_mma<T>(sc[mt][2 * np], qa[mt], b[0], b[1]);
-          pf_mma<T>(sc[mt][2 * np + 1], qa[mt], b[2], b[3]);
+          ptx::mma16816<T>(sc[mt][2 * np], qa[mt], b[0], b[1]);
+          ptx::mma16816<T>(sc[mt][2 * np + 1], qa[mt], b[2], b[3]);
         }
       }
     }
@@ -556,16 +515,16 @@ __global__ void __launch_bounds__(pf_threads, pf_min_blocks) prefill_mma_kernel(
 #pragma unroll
       for (int j = 0; j < D / 8; j += 2) {
         std::uint32_t b[4];
-        pf_ldmatrix_x4_trans(b, vs + v_lane + kk * 16 * L::row_bytes + j * 16);
+        ptx::ldmatrix_x4_trans(b, vs + v_lane + kk * 16 * L::row_bytes + j * 16);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          pf_mma<T>(o[mt][j], pa[mt], b[0], b[1]);
-          pf_mma<T>(o[mt][j + 1], pa[mt], b[2], b[3]);
+          ptx::mma16816<T>(o[mt][j], pa[mt], b[0], b[1]);
+          ptx::mma16816<T>(o[mt][j + 1], pa[mt], b[2], b[3]);
         }
       }
     }
   }
-  pf_cp_async_wait<0>();
+  ptx::cp_async_wait<0>();
   __syncthreads();  // the Q tile is complete everywhere (also where no key tile ran)
 
   // O / l → this warp's own rows of the Q tile (no other warp reads them), then 16-byte stores of whole rows.
