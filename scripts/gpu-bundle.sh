@@ -14,9 +14,16 @@ build=${LORAPLEX_GPU_BUILD_DIR:-$root/build-gpu}
 bash "$root/scripts/setup.sh"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORAPLEX_CUDA=ON -DLORAPLEX_BLAS=OFF \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DLORAPLEX_CUDA_SHARED=ON '-DCMAKE_BUILD_RPATH=$ORIGIN' >/dev/null
+# Every GPU target must exist; a missing one is an error, never silently left out of the bundle.
+# (The list is read once: `grep -q` on the pipe would end ninja with SIGPIPE under pipefail.)
+available=$(cmake --build "$build" --target help)
 targets=(loraplex-run)
 for t in test_cuda_lora test_cuda_ops test_fixture_cuda test_loraplex_run_cuda loraplex-bench; do
-  if cmake --build "$build" --target help | grep -q "^$t:"; then targets+=("$t"); fi
+  if ! grep -q "^$t:" <<<"$available"; then
+    echo "gpu-bundle: target $t is missing from the build" >&2
+    exit 1
+  fi
+  targets+=("$t")
 done
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 rm -rf "$out"
