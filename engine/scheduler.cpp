@@ -85,8 +85,7 @@ std::optional<batch_plan> scheduler::schedule() {
         for (const pick& p : picks) budget -= p.n;
       }
       preempt(victim);
-      if (victim == i) continue;  // running_[k] is now the next sequence
-      continue;                   // retry the same sequence
+      continue;  // victim == i: running_[k] is now the next sequence; otherwise retry this one
     }
     picks.push_back({i, n});
     budget -= n;
@@ -101,8 +100,7 @@ std::optional<batch_plan> scheduler::schedule() {
     if (!pages_.grow(s.block_table, s.num_cached + n)) break;  // wait for pages; never preempt for a prefill
     waiting_.erase(waiting_.begin());
     s.state = sequence_state::running;
-    running_.push_back(i);
-    std::sort(running_.begin(), running_.end());
+    running_.insert(std::lower_bound(running_.begin(), running_.end(), i), i);  // arrival order
     picks.push_back({i, n});
     budget -= n;
   }
